@@ -102,9 +102,9 @@ class MlmLayer(nn.Module):
         self.ln = nn.LayerNorm(dim, eps=eps)
         self.bias = nn.Parameter(torch.zeros(1, 1, vocab_size))
 
-    def forward(self, x, word_embeddings: torch.Tensor):
+    def forward(self, x, word_embeddings: torch.Tensor, n: int | None = None):
         x = self.ln(F.gelu(self.fc(x)))
-        return x @ word_embeddings.detach().t() + self.bias
+        return x @ word_embeddings.detach().t() + self.bias[..., :n]
 
 
 class MAGE(nn.Module):
@@ -163,7 +163,7 @@ class MAGE(nn.Module):
         return self.norm(x)
 
     def forward_decoder(self, latent: torch.Tensor, is_masked: torch.Tensor,
-                        keep: torch.Tensor | None = None) -> torch.Tensor:
+                        keep: torch.Tensor | None = None, codebook_only: bool = False) -> torch.Tensor:
         """latent: encoder output (of the kept positions); is_masked bool [B,L] (class slot False)."""
         x = self.decoder_embed(latent)
         cls_feat = x[:, :1]
@@ -176,6 +176,9 @@ class MAGE(nn.Module):
         for blk in self.decoder_blocks:
             x = blk(x)
         x = self.decoder_norm(x)
+        if codebook_only:  # inference needs only the codebook logits: skip the other vocabulary rows
+            K = self.config.codebook_size
+            return self.mlm_layer(x, self.token_emb.word_embeddings.weight[:K], K)
         return self.mlm_layer(x, self.token_emb.word_embeddings.weight)
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
@@ -184,7 +187,9 @@ class MAGE(nn.Module):
 
     def token_logits(self, tokens: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B,N] with mask id at unknown positions -> codebook logits [B,N,codebook_size]."""
-        return self.logits(self.input_ids(tokens, class_ids))[:, 1:, : self.config.codebook_size]
+        ids = self.input_ids(tokens, class_ids)
+        return self.forward_decoder(self.forward_encoder(ids), ids == self.config.mask_token_id,
+                                    codebook_only=True)[:, 1:]
 
     # ------------------------------------------------------------------ training
     def loss_fn(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

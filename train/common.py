@@ -1,0 +1,190 @@
+"""Shared training plumbing: distributed setup (torchrun), seeding, LR schedule, optimiser groups,
+atomic resumable checkpoints, JSONL logging and the loss-curve plot."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+# --------------------------------------------------------------------------------- distributed
+class Dist:
+    """Rank/world info from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); single process otherwise."""
+
+    def __init__(self, device: str | None = None):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device in (None, "auto"):
+            device = f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def all_reduce_mean(self, x: float) -> float:
+        if self.world == 1:
+            return x
+        t = torch.tensor([x], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t)
+        return float(t) / self.world
+
+    def close(self):
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------- schedules
+def lr_at(it: float, base_lr: float, warmup: float, total: float, min_lr: float = 0.0) -> float:
+    """Linear warm-up then half-cycle cosine, per iteration (fractional epochs work too)."""
+    if it < warmup:
+        return base_lr * it / max(warmup, 1e-8)
+    p = (it - warmup) / max(total - warmup, 1e-8)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(p, 1.0)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_names=()) -> list[dict]:
+    """AdamW groups: no decay for 1-D parameters (norms, biases) and names in ``no_decay_names``."""
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or n.endswith(".bias") or n in no_decay_names else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+# --------------------------------------------------------------------------------- checkpoints
+def rng_state() -> dict:
+    s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict):
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def save_checkpoint(out_dir: Path, step: int, state: dict, keep: int = 3) -> Path:
+    """Write ``checkpoint-<step>.pt`` atomically (temp file + rename) and keep the last ``keep``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"checkpoint-{step:08d}.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    for old in sorted(out_dir.glob("checkpoint-*.pt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    cks = sorted(Path(out_dir).glob("checkpoint-*.pt"))
+    return cks[-1] if cks else None
+
+
+def load_checkpoint(path: Path) -> dict:
+    # our own training checkpoints: plain containers, tensors and numpy RNG state
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# --------------------------------------------------------------------------------- logging
+class JsonlLogger:
+    def __init__(self, path: Path, enabled: bool = True, tensorboard: bool = False):
+        self.path, self.enabled = Path(path), enabled
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(self.path.parent / "tb"))
+            except Exception as e:  # tensorboard is optional
+                print(f"[log] tensorboard disabled: {e}")
+
+    def log(self, **row):
+        if not self.enabled:
+            return
+        row.setdefault("time", time.time())
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None and "step" in row:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("step", "time"):
+                    self.tb.add_scalar(k, v, row["step"])
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_curves(log_path: Path, out_png: Path, keys=("loss",), title: str = "training"):
+    """Loss curve(s) from the JSONL log, with a moving average."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [r for r in read_jsonl(log_path) if "step" in r]
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.2), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        pts = [(r["step"], r[k]) for r in rows if k in r]
+        if not pts:
+            continue
+        x, y = map(np.asarray, zip(*pts))
+        ax.plot(x, y, alpha=0.35, lw=0.8, label=k)
+        w = max(1, len(y) // 50)
+        if w > 1:
+            ax.plot(x[w - 1:], np.convolve(y, np.ones(w) / w, mode="valid"), lw=1.6, label=f"{k} (avg {w})")
+        ax.set_xlabel("step")
+        ax.set_title(k)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def save_run_config(out_dir: Path, args) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "run_config.json").write_text(json.dumps(vars(args), indent=2, default=str))
+
+
+def load_config_file(parser, argv=None):
+    """``--config file.json`` supplies defaults; explicit CLI flags win."""
+    pre, _ = parser.parse_known_args(argv)
+    if getattr(pre, "config", None):
+        cfg = json.loads(Path(pre.config).read_text())
+        known = {a.dest for a in parser._actions}
+        bad = set(cfg) - known
+        if bad:
+            parser.error(f"unknown keys in {pre.config}: {sorted(bad)}")
+        parser.set_defaults(**cfg)
+    return parser.parse_args(argv)
