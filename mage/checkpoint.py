@@ -45,12 +45,16 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if not (magic.startswith(b"PK") or magic.startswith(b"\x80")):  # neither a zip nor a pickle
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (.pth/.ckpt) file") from None
         raise CheckpointError(
             f"refusing to load {path}: it contains Python objects other than tensors and plain "
             f"containers, and unpickling them could run arbitrary code ({str(e).splitlines()[0]}). "
             "If you trust the file, extract the state dict in a separate process and save it with "
             "torch.save(state_dict) or safetensors.") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"cannot read {path}: the file is truncated or not a PyTorch checkpoint "
                               f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if not isinstance(obj, dict):
@@ -71,6 +75,9 @@ def load_strict(module: torch.nn.Module, sd: dict, what: str = "model", ignore: 
     """``load_state_dict`` with one clear error naming missing, unexpected and mis-shaped keys."""
     own = module.state_dict()
     sd = {k: v for k, v in sd.items() if k not in ignore}
+    not_tensors = [f"{k} ({type(v).__name__})" for k, v in sd.items() if not torch.is_tensor(v)]
+    if not_tensors:
+        raise CheckpointError(f"checkpoint for the {what} has non-tensor entries: {', '.join(not_tensors[:8])}")
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
@@ -261,7 +268,10 @@ def load_native(directory: str | os.PathLike) -> tuple[MAGE, VQGAN, dict]:
         raise CheckpointError(f"{cfg_path} is not valid JSON ({e})") from None
     if cfg.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{cfg_path} is not a {FORMAT_NAME} config (format={cfg.get('format')!r})")
-    config = MAGEConfig.from_dict(cfg["model"])
+    try:
+        config = MAGEConfig.from_dict(cfg["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path} has an invalid model configuration: {e}") from None
     sd = read_state_dict(w_path)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     mage_sd, vq_sd = split_official(sd)

@@ -24,6 +24,9 @@ def to_tensor(img, channels: int = 3) -> torch.Tensor:
             raise ValueError(f"unsupported image dtype {arr.dtype}")
         if arr.ndim == 2:
             arr = arr[..., None]
+        if arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4) and arr.shape[0] not in (1, 3):
+            raise ValueError(f"image array of shape {arr.shape}: expected HxW, HxWxC with C in 1/3/4, "
+                             "CxHxW or BxCxHxW")
         if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
             arr = arr[..., :3] if arr.shape[-1] == 4 else arr
             t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
@@ -41,6 +44,8 @@ def to_tensor(img, channels: int = 3) -> torch.Tensor:
         t = t.expand(-1, 3, -1, -1)
     if t.shape[1] != channels:
         raise ValueError(f"image must have {channels} channels, got {t.shape[1]}")
+    if not torch.isfinite(t).all():
+        raise ValueError("image contains NaN or infinite values")
     lo, hi = float(t.min()), float(t.max())
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise ValueError(f"float images must be in [0,1]; got values in [{lo:.3f}, {hi:.3f}]")
@@ -89,6 +94,10 @@ def pixel_to_token_mask(mask, patch: int, threshold: float = 0.5) -> torch.Tenso
         m = m[None]
     if m.dim() != 3:
         raise ValueError(f"mask must be [H,W] or [B,H,W], got {tuple(m.shape)}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"mask threshold must be in [0, 1], got {threshold}")
+    if not torch.isfinite(m).all() or m.min() < 0:
+        raise ValueError("mask values must be finite and >= 0 (0/1, bool, or 0..255)")
     if m.max() > 1:
         m = m / 255.0
     if m.shape[1] % patch or m.shape[2] % patch:
