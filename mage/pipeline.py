@@ -68,9 +68,20 @@ class MAGEPipeline:
             meta = {**meta, "source": f"Hugging Face Hub {src}" + (f"@{revision}" if revision else "")}
         return cls(model, vq, meta=meta, device=device, dtype=_dtype(dtype))
 
-    def save_pretrained(self, directory, dtype: torch.dtype | None = None) -> Path:
+    def save_pretrained(self, directory, dtype: str | torch.dtype | None = None) -> Path:
+        """Write config.json + model.safetensors + a README.md model card; ``dtype`` "float16"/"bfloat16"
+        stores half-size weights (loading casts them back to float32)."""
+        from .hub import write_model_card
         meta = {k: v for k, v in self.meta.items() if k != "source"}
-        return save_native(directory, self.model, self.vqgan, meta=meta, dtype=dtype)
+        d = save_native(directory, self.model, self.vqgan, meta=meta, dtype=None if dtype is None else _dtype(dtype))
+        write_model_card(d, meta, self.config)
+        return d
+
+    def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None,
+                    variant: str | None = None, **kw) -> str:
+        """Upload to the Hugging Face Hub (see :func:`mage.hub.push_to_hub`)."""
+        from .hub import push_to_hub
+        return push_to_hub(self, repo_id, private=private, token=token, variant=variant, **kw)
 
     def to(self, device) -> "MAGEPipeline":
         self.device = torch.device(device)
@@ -113,7 +124,10 @@ class MAGEPipeline:
             if class_label not in self.class_names:
                 raise ValueError(f"unknown class {class_label!r}; this model knows {self.class_names}")
             class_label = self.class_names.index(class_label)
-        labels = torch.as_tensor(class_label).long().view(-1)
+        labels = torch.as_tensor(class_label)
+        if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+            raise ValueError(f"class labels must be integers or class names, got {class_label!r}")
+        labels = labels.long().view(-1)
         if labels.numel() == 1:
             labels = labels.expand(n)
         if labels.numel() != n:
@@ -176,6 +190,8 @@ class MAGEPipeline:
             m = m[None].expand(x.shape[0], -1, -1)
         if tuple(m.shape[-2:]) != tuple(x.shape[-2:]):
             raise ValueError(f"mask {tuple(m.shape[-2:])} does not match the image {tuple(x.shape[-2:])}")
+        if m.dim() == 3 and m.shape[0] != x.shape[0]:
+            raise ValueError(f"got {m.shape[0]} masks for {x.shape[0]} images")
         tok_mask = im.pixel_to_token_mask(m, self.config.patch_size, threshold)
         return x, self.encode(x), tok_mask
 
@@ -223,8 +239,9 @@ class MAGEPipeline:
         x = im.to_tensor(image)
         tokens = self.encode(x).cpu()
         mask = self.random_token_mask(x.shape[0], ratio, seed)
+        keep_steps = kw.pop("return_steps", False)
         if iterative and mask.any():
-            res = self._run(self.decode_steps(tokens, mask, seed=seed, **kw), kw.pop("return_steps", False))
+            res = self._run(self.decode_steps(tokens, mask, seed=seed, **kw), keep_steps)
             pred = res.tokens
         else:
             masked = tokens.masked_fill(mask, self.config.mask_token_id).to(self.device)
