@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/default}
 TOK_STEPS=${TOK_STEPS:-900}
-MAGE_STEPS=${MAGE_STEPS:-1600}
+MAGE_STEPS=${MAGE_STEPS:-2600}
 THREADS=${THREADS:-1}
 LIMIT=${LIMIT:-}
 LIM=(); [ -n "$LIMIT" ] && LIM=(--limit "$LIMIT")
