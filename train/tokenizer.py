@@ -27,6 +27,7 @@ from mage.vqgan import VQGAN
 from train.common import (Dist, JsonlLogger, latest_checkpoint, load_checkpoint, load_config_file, lr_at,
                           plot_curves, rng_state, save_checkpoint, save_run_config, seed_everything, set_rng_state)
 from train.data import build_dataset
+from train.metrics import psnr
 
 
 class PatchDiscriminator(nn.Module):
@@ -72,18 +73,17 @@ def load_tokenizer(path: str | Path) -> VQGAN:
 def evaluate(vq: VQGAN, loader, device, max_batches: int | None = None) -> dict:
     """PSNR (images in [0,1], decoder output clamped) and codebook usage on a held-out loader."""
     vq.eval()
-    mse_sum, n, used = 0.0, 0, torch.zeros(vq.config.n_embed, dtype=torch.bool)
+    psnr_sum, n, used = 0.0, 0, torch.zeros(vq.config.n_embed, dtype=torch.bool)
     for i, (x, _) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         x = x.to(device)
         rec, _, ids = vq(x)
-        mse = ((rec.clamp(0, 1) - x) ** 2).flatten(1).mean(1)
-        mse_sum += float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).sum())
+        psnr_sum += float(psnr(rec.clamp(0, 1), x, reduce=False).sum())
         n += x.shape[0]
         used[ids.flatten().cpu()] = True
     vq.train()
-    return {"psnr": mse_sum / max(n, 1), "codebook_usage": float(used.float().mean()), "codes_used": int(used.sum())}
+    return {"psnr": psnr_sum / max(n, 1), "codebook_usage": float(used.float().mean()), "codes_used": int(used.sum())}
 
 
 def build_parser():
