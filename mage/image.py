@@ -113,6 +113,17 @@ def token_mask_to_pixels(token_mask: torch.Tensor, grid: int, patch: int) -> tor
     return F.interpolate(m, scale_factor=patch, mode="nearest")[:, 0]
 
 
+def checker_overlay(images: torch.Tensor, token_mask: torch.Tensor, grid: int, patch: int,
+                    level: float = 0.5) -> torch.Tensor:
+    """Float images [B,3,H,W] with the tokens in ``token_mask`` [B,N] replaced by a grey checker pattern
+    (how still-unknown tokens are shown)."""
+    unk = token_mask_to_pixels(torch.as_tensor(token_mask).bool(), grid, patch)[:, None]
+    yy, xx = torch.meshgrid(torch.arange(grid * patch), torch.arange(grid * patch), indexing="ij")
+    half = max(patch // 2, 1)
+    checker = (((yy // half) + (xx // half)) % 2).float() * 0.15 + level - 0.075
+    return images.float().cpu() * (1 - unk) + checker * unk
+
+
 def soft_mask(pixel_mask: torch.Tensor, feather: int) -> torch.Tensor:
     """Feather a [B,H,W] {0,1} mask with a box blur of radius ``feather`` (values stay 1 inside)."""
     m = pixel_mask.float()[:, None]

@@ -273,11 +273,7 @@ class MAGEPipeline:
         """(canvas, prediction) images for a step: the prediction decoded once; on the canvas the
         still-unknown tokens are shown as a grey checker pattern."""
         pred = self.decode(step.prediction)
-        g, p = self.config.grid_size, self.config.patch_size
-        unk = im.token_mask_to_pixels(step.unknown, g, p)[:, None]
-        yy, xx = torch.meshgrid(torch.arange(g * p), torch.arange(g * p), indexing="ij")
-        checker = (((yy // max(p // 2, 1)) + (xx // max(p // 2, 1))) % 2).float() * 0.15 + mark - 0.075
-        canvas = pred * (1 - unk) + checker * unk
+        canvas = im.checker_overlay(pred, step.unknown, self.config.grid_size, self.config.patch_size, mark)
         return canvas, pred
 
     def info(self) -> dict:

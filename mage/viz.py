@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .image import to_uint8, token_mask_to_pixels
+from .image import checker_overlay, to_uint8, token_mask_to_pixels
 
 
 def as_uint8(images) -> np.ndarray:
@@ -149,12 +149,7 @@ def mark_tokens(images, token_mask: torch.Tensor, grid: int, patch: int, color=(
 def checker_tokens(images, token_mask: torch.Tensor, grid: int, patch: int, level: float = 0.5) -> np.ndarray:
     """Replace the tokens in ``token_mask`` by a grey checker pattern (the "unknown" look of pipe.preview)."""
     x = images if torch.is_tensor(images) else torch.from_numpy(as_uint8(images)).permute(0, 3, 1, 2).float() / 255
-    unk = token_mask_to_pixels(torch.as_tensor(token_mask).bool(), grid, patch)[:, None]
-    s = grid * patch
-    yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
-    half = max(patch // 2, 1)
-    checker = (((yy // half) + (xx // half)) % 2).float() * 0.15 + level - 0.075
-    return to_uint8(x.cpu() * (1 - unk) + checker * unk)
+    return to_uint8(checker_overlay(x, token_mask, grid, patch, level))
 
 
 def save_gif(frames: list[np.ndarray], path, duration_ms: int = 250, hold_last_ms: int = 1500) -> Path:
