@@ -5,6 +5,7 @@ plain sentence for bad input and never let a stack trace reach the user.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -98,6 +99,28 @@ def example_paths() -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- studio
+
+def streamed_as_files(handler):
+    """Streamed handlers: hand images to Gradio as PNG files of our own instead of arrays.
+
+    Gradio caches a streamed array under a hash of its content and rewrites that file each time the same
+    image is sent again, while the client may still be downloading it (a truncated-response race seen in
+    CI); files are copied into its cache atomically and never rewritten."""
+    @functools.wraps(handler)
+    def wrapper(*args, **kwargs):
+        d = None
+        for out in handler(*args, **kwargs):
+            out = list(out)
+            for i, v in enumerate(out):
+                if isinstance(v, np.ndarray) and v.ndim == 3:
+                    d = d or _run_dir()
+                    path = d / f"{uuid.uuid4().hex[:12]}.png"
+                    Image.fromarray(v).save(path)
+                    out[i] = str(path)
+            yield tuple(out)
+    return wrapper
+
+
 class Studio:
     """Holds the pipeline and the shared (read-only) gallery; one method per UI action."""
 
@@ -182,6 +205,7 @@ class Studio:
                   + (f" - {rec['times'][k]:.2f} s" if rec.get("times") else ""))
         return self.show(rec["canvas"][k]), self.show(rec["pred"][k]), self.show(conf), status
 
+    @streamed_as_files
     def generate(self, steps, schedule, choice_t, samp_t, seed, n, cls, guidance):
         """Stream one update per decoding step, then the commit-order map and the exports."""
         kw = self._decode_kw(steps, seed, choice_t, samp_t, cls, guidance, schedule)
@@ -305,6 +329,7 @@ class Studio:
         out = im.composite(x, final, pix, feather)
         yield self.show(shown), self.show(pred), self.show(out), status + " - done (composited with the original)"
 
+    @streamed_as_files
     def inpaint(self, img, editor, mode, threshold, feather, steps, seed, choice_t, samp_t, cls, guidance):
         x, desc = self.fit(img, mode)
         tok = self._token_mask(editor, threshold)
@@ -336,6 +361,7 @@ class Studio:
             return self.show(canvas), desc + ". Choose at least one side to extend."
         return self.show(viz.mark_tokens(canvas, tok, self.grid, self.patch)), desc + "."
 
+    @streamed_as_files
     def outpaint(self, img, mode, left, right, top, bottom, steps, seed, choice_t, samp_t, cls, guidance):
         canvas, tok, desc = self._outpaint_canvas(img, mode, left, right, top, bottom)
         if not tok.any():
