@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from train.common import lr_at
 from train.metrics import knn_accuracy
 
 
@@ -86,10 +86,8 @@ def pixel_features(images: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------- probe
 def cosine_lr(step: int, total: int, warmup: int, base: float, min_lr: float = 0.0) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(total - warmup, 1)
-    return min_lr + (base - min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+    """train.common.lr_at with warm-up steps counted from 1, so the first step does not run at lr 0."""
+    return lr_at(step + 1 if step < warmup else step, base, warmup, total, min_lr)
 
 
 def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
