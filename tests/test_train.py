@@ -1,33 +1,16 @@
 """Training package on tiny configs: tokenizer, token cache, pre-training, DDP, resume, MAGE-C."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import mage
-from conftest import ROOT
+from conftest import needs_fashion_mnist, run_module
 
-pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir()
-                                and not os.environ.get("FASHION_MNIST_DIR"),
-                                reason="needs the Fashion-MNIST package (apt-get install dataset-fashion-mnist)")
+pytestmark = needs_fashion_mnist
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 TINY_MAGE = ["--embed-dim", "64", "--depth", "2", "--num-heads", "2", "--decoder-embed-dim", "64",
              "--decoder-depth", "1", "--decoder-num-heads", "2", "--num-class-slots", "100", "--threads", "1"]
-
-
-def run_module(mod, *args, torchrun=None, timeout=300):
-    cmd = [sys.executable, "-m", mod, *map(str, args)]
-    if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
-               "-m", mod, *map(str, args)]
-    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
-    return r
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,11 @@
 """Token cache: tokenize a dataset once (view 0 = the plain image, views 1.. = augmented copies), so
 pre-training does not run the tokenizer encoder every step.
 
+Under torchrun each process tokenizes its shard (the result does not depend on the number of processes).
+
     python -m train.cache --tokenizer runs/tokenizer --dataset fashion-mnist --views 4 --out runs/tokens.safetensors
+    torchrun --nproc_per_node=8 -m train.cache --tokenizer vqgan_jax_strongaug.ckpt --dataset /data/imagenet \
+        --img-size 256 --views 4 --out runs/imagenet_tokens.safetensors
 """
 from __future__ import annotations
 
@@ -10,28 +14,28 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from train.data import augment, build_dataset
 
 
 @torch.no_grad()
 def build_cache(vq, dataset, views: int = 4, batch_size: int = 256, seed: int = 0, scale=(0.6, 1.0),
-                device="cpu", progress: bool = True) -> dict:
-    """-> {"tokens": uint16/int32 [N, views, h*w], "labels": int64 [N]}."""
-    g = torch.Generator().manual_seed(seed)
-    toks, labels = [], []
-    loader = torch.utils.data.DataLoader(dataset, batch_size)
-    for x, y in tqdm(loader, desc="tokenizing", disable=not progress):
-        per_view = []
-        for v in range(views):
-            xv = x if v == 0 else torch.stack([augment(img, scale, True, g) for img in x])
-            per_view.append(vq.encode(xv.to(device)).cpu())
-        toks.append(torch.stack(per_view, 1))
-        labels.append(torch.as_tensor(y))
-    tokens = torch.cat(toks)
+                device="cpu", progress: bool = True, dist=None, workers: int = 0) -> dict:
+    """-> {"tokens": int16/int32 [N, views, h*w], "labels": int64 [N]}. View 0 is the plain image; the
+    augmentations of image i come from a generator seeded by (seed, i), so the cache is the same whatever
+    the batch size or the number of torchrun processes sharing the work (``dist``)."""
+    from train.common import map_dataset
     dtype = torch.int16 if vq.config.n_embed <= 32767 else torch.int32
-    return {"tokens": tokens.to(dtype), "labels": torch.cat(labels).long()}
+
+    def fn(x, y, idx):
+        per_view = [vq.encode(x.to(device)).cpu()]
+        gens = [torch.Generator().manual_seed(seed * 1_000_003 + int(i)) for i in idx]
+        for _ in range(1, views):
+            xv = torch.stack([augment(img, scale, True, g) for img, g in zip(x, gens)])
+            per_view.append(vq.encode(xv.to(device)).cpu())
+        return {"tokens": torch.stack(per_view, 1).to(dtype), "labels": y.long()}
+
+    return map_dataset(dataset, fn, dist, batch_size, workers, desc="tokenizing", progress=progress)
 
 
 def save_cache(path, cache: dict, meta: dict):
@@ -57,21 +61,35 @@ def main(argv=None):
     p.add_argument("--img-size", type=int, default=32)
     p.add_argument("--views", type=int, default=4)
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=256, help="images per tokenizer pass, per process")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu', 'cuda', ...")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
+    if args.views < 1:
+        p.error("--views must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from train.common import Dist
     from train.tokenizer import load_tokenizer
-    vq = load_tokenizer(args.tokenizer)
-    ds = build_dataset(args.dataset, args.split, args.img_size, limit=args.limit)
-    cache = build_cache(vq, ds, args.views, seed=args.seed)
-    meta = {"dataset": args.dataset, "split": args.split, "img_size": args.img_size, "views": args.views,
-            "tokenizer": str(args.tokenizer), "vqgan": vq.config.to_dict(), "classes": getattr(ds, "classes", [])}
-    save_cache(args.out, cache, meta)
-    print(f"[cache] {tuple(cache['tokens'].shape)} tokens -> {args.out}")
+    d = Dist(args.device)
+    try:
+        vq = load_tokenizer(args.tokenizer).to(d.device).eval()
+        ds = build_dataset(args.dataset, args.split, args.img_size, limit=args.limit)
+        cache = build_cache(vq, ds, args.views, args.batch_size, seed=args.seed, scale=(0.6, 1.0) if args.img_size <= 64
+                            else (0.2, 1.0), device=d.device, progress=d.main, dist=d, workers=args.workers)
+        if d.main:
+            meta = {"dataset": args.dataset, "split": args.split, "img_size": args.img_size, "views": args.views,
+                    "seed": args.seed, "tokenizer": str(args.tokenizer), "vqgan": vq.config.to_dict(),
+                    "classes": getattr(ds, "classes", [])}
+            save_cache(args.out, cache, meta)
+            print(f"[cache] {tuple(cache['tokens'].shape)} tokens -> {args.out}")
+    finally:
+        d.close()
 
 
 if __name__ == "__main__":
-    main()
+    from train.common import run_cli
+    run_cli(main)

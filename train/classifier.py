@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -171,7 +170,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:  # bad paths / inputs: a message, not a traceback
-        raise SystemExit(f"error: {e}")
+    from train.common import run_cli
+    run_cli(main)

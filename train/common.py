@@ -25,6 +25,9 @@ class Dist:
         if device in (None, "auto"):
             device = f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
+                             f"CUDA build {torch.version.cuda}); use --device cpu or auto")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if self.world > 1 and not dist.is_initialized():
@@ -38,16 +41,83 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
-    def all_reduce_mean(self, x: float) -> float:
+    def all_reduce_sum(self, x: float) -> float:
         if self.world == 1:
             return x
         t = torch.tensor([x], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
         dist.all_reduce(t)
-        return float(t) / self.world
+        return float(t)
+
+    def all_reduce_mean(self, x: float) -> float:
+        return self.all_reduce_sum(x) / self.world
+
+    def gather_rows(self, t: torch.Tensor, n_total: int) -> torch.Tensor:
+        """Concatenate every rank's rows (rank order; rank r holds :func:`shard_range` r) on every rank."""
+        if self.world == 1:
+            return t
+        chunk = -(-n_total // self.world)
+        dtype = t.dtype
+        wire = t.int() if dtype in (torch.int16, torch.uint16, torch.int8, torch.bool) else t  # NCCL has no int16
+        pad = wire.new_zeros((chunk, *t.shape[1:]))
+        pad[: len(t)] = wire
+        dev = self.device if self.device.type == "cuda" else torch.device("cpu")
+        parts = [torch.empty_like(pad, device=dev) for _ in range(self.world)]
+        dist.all_gather(parts, pad.to(dev))
+        return torch.cat(parts).cpu()[:n_total].to(dtype)
+
+    def rng_states(self) -> list[dict]:
+        """Every rank's RNG state (rank order), for a checkpoint that resumes each rank exactly."""
+        if self.world == 1:
+            return [rng_state()]
+        states = [None] * self.world
+        dist.all_gather_object(states, rng_state())
+        return states
+
+    def max_param_diff(self, model: torch.nn.Module) -> float:
+        """Largest difference of any parameter between rank 0 and another rank (0.0 = in sync)."""
+        flat = torch.cat([p.detach().float().flatten().cpu() for p in model.parameters()])
+        if self.world == 1:
+            return 0.0
+        alls = [None] * self.world
+        dist.all_gather_object(alls, flat)
+        return max(float((a - alls[0]).abs().max()) for a in alls)
 
     def close(self):
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def shard_range(n: int, world: int, rank: int) -> range:
+    """Rank ``rank``'s contiguous share of ``n`` items (equal chunks, the last one shorter)."""
+    chunk = -(-n // world)
+    return range(min(rank * chunk, n), min((rank + 1) * chunk, n))
+
+
+@torch.no_grad()
+def map_dataset(dataset, fn, d: Dist | None = None, batch_size: int = 256, workers: int = 0,
+                desc: str = "", progress: bool = True) -> dict[str, torch.Tensor]:
+    """Run ``fn(images, labels, indices) -> {name: tensor [B, ...]}`` over a dataset, sharded across the
+    ranks of ``d`` (each rank reads only its :func:`shard_range`), and return the full, ordered results on
+    every rank. The images stream through a DataLoader; only the outputs are kept. ``indices`` (dataset
+    positions) let ``fn`` seed per-item randomness that does not depend on batching or sharding."""
+    world, rank = (d.world, d.rank) if d is not None else (1, 0)
+    n = len(dataset)
+    shard = shard_range(n, world, rank)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, list(shard)), batch_size=batch_size,
+                                         num_workers=workers)
+    outs: dict[str, list] = {}
+    from tqdm import tqdm
+    start = shard.start
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress or rank != 0):
+        idx = torch.arange(start, start + len(x))
+        start += len(x)
+        for k, v in fn(x, torch.as_tensor(y), idx).items():
+            outs.setdefault(k, []).append(v.detach().cpu())
+    if not outs:  # an empty shard: learn the output shapes from one item
+        x, y = dataset[0]
+        outs = {k: [v.detach().cpu()[:0]] for k, v in fn(x[None], torch.as_tensor([y]), torch.zeros(1, dtype=torch.long)).items()}
+    res = {k: torch.cat(v) for k, v in outs.items()}
+    return {k: d.gather_rows(v, n) for k, v in res.items()} if d is not None else res
 
 
 def seed_everything(seed: int):
@@ -117,6 +187,8 @@ def load_checkpoint(path: Path) -> dict:
 class JsonlLogger:
     def __init__(self, path: Path, enabled: bool = True, tensorboard: bool = False):
         self.path, self.enabled = Path(path), enabled
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tb = None
         if enabled and tensorboard:
             try:
@@ -188,3 +260,11 @@ def load_config_file(parser, argv=None):
             parser.error(f"unknown keys in {pre.config}: {sorted(bad)}")
         parser.set_defaults(**cfg)
     return parser.parse_args(argv)
+
+
+def run_cli(main) -> None:
+    """``python -m train.<x>`` entry: bad paths / inputs end with a one-line message, not a traceback."""
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}")

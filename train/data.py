@@ -108,10 +108,28 @@ class ImageFolder(torch.utils.data.Dataset):
         from mage.image import fit_image
         p, c = self.samples[i]
         img, _ = fit_image(Image.open(p), self.size, "center-crop")
-        x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 255.0
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0
         if self.augment:
             x = augment(x, scale=(0.2, 1.0))
         return x, c
+
+
+def split_root(root: str | os.PathLike, split: str) -> Path:
+    """The folder of ``split`` in an ImageNet-style tree: ``root/<split>`` (for "test" also ``root/val``);
+    given ``.../train`` itself, its sibling. "train" falls back to ``root``; a held-out split never does
+    (evaluating on training images by accident would be worse than an error)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    names = [split] + (["val", "validation"] if split == "test" else [])
+    for base in (root, root.parent if root.name == "train" else None):
+        for n in names:
+            if base is not None and (base / n).is_dir():
+                return base / n
+    if split == "train":
+        return root
+    raise ValueError(f"no '{split}' split for {root}: expected {root}/{names[0]}/<class>/<image>"
+                     + (" (or val/)" if split == "test" else ""))
 
 
 def build_dataset(name: str, split: str = "train", size: int = 32, augment: bool = False, limit: int | None = None):
@@ -121,10 +139,8 @@ def build_dataset(name: str, split: str = "train", size: int = 32, augment: bool
         if limit:
             x, y = x[:limit], y[:limit]
         return ArrayDataset(x, y, augment, FASHION_CLASSES)
-    root = Path(name)
-    if (root / split).is_dir():
-        root = root / split
-    ds = ImageFolder(root, size, augment)
-    if limit:
-        ds.samples = ds.samples[:limit]
+    ds = ImageFolder(split_root(name, split), size, augment)
+    if limit and limit < len(ds.samples):  # a fixed spread over all classes, not the first classes only
+        keep = torch.randperm(len(ds.samples), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+        ds.samples = [ds.samples[i] for i in keep.tolist()]
     return ds

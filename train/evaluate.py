@@ -292,7 +292,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:  # bad paths / inputs: a message, not a traceback
-        raise SystemExit(f"error: {e}")
+    from train.common import run_cli
+    run_cli(main)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import shlex
 import sys
 import time
@@ -39,7 +38,7 @@ import mage
 from mage.config import MAGEConfig, PRESETS
 from mage.masking import sample_mask_ratio
 from train.common import (Dist, JsonlLogger, latest_checkpoint, load_checkpoint, load_config_file, lr_at,
-                          param_groups, plot_curves, rng_state, save_checkpoint, save_run_config, seed_everything,
+                          param_groups, plot_curves, save_checkpoint, save_run_config, seed_everything,
                           set_rng_state)
 from train.data import augment, build_dataset
 
@@ -321,10 +320,7 @@ def main(argv=None):
         bar.update(1)
         stopping = args.stop_after is not None and step >= args.stop_after
         if step % args.save_every == 0 or step == args.steps or stopping:
-            rngs = [rng_state()]
-            if d.world > 1:
-                rngs = [None] * d.world
-                torch.distributed.all_gather_object(rngs, rng_state())
+            rngs = d.rng_states()
             if d.main:
                 save_checkpoint(out, step, {"module": module.state_dict(), "optimizer": opt.state_dict(),
                                             "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else None,
@@ -336,11 +332,8 @@ def main(argv=None):
             return None
     bar.close()
     if d.world > 1:  # parameters must be identical on every rank; record the evidence
-        flat = torch.cat([p.detach().float().flatten().cpu() for p in model.parameters()])
-        sums = [None] * d.world
-        torch.distributed.all_gather_object(sums, flat)
+        diff = d.max_param_diff(model)
         if d.main:
-            diff = max(float((s - sums[0]).abs().max()) for s in sums)
             (out / "ranks.json").write_text(json.dumps({"world": d.world, "max_param_diff_across_ranks": diff}))
     if d.main:
         final = ema if ema is not None else model
@@ -357,4 +350,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from train.common import run_cli
+    run_cli(main)

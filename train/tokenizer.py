@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -162,7 +161,12 @@ def main(argv=None):
     disc = PatchDiscriminator().to(d.device) if args.disc_weight > 0 else None
     perceptual = PerceptualLoss().to(d.device) if args.perceptual_weight > 0 else None
     train_ds = build_dataset(args.dataset, "train", args.img_size, augment=args.augment, limit=args.train_limit)
-    test_ds = build_dataset(args.dataset, "test", args.img_size, limit=args.eval_limit)
+    try:
+        test_ds = build_dataset(args.dataset, "test", args.img_size, limit=args.eval_limit)
+    except ValueError as e:  # a folder without a held-out split: report on training images, and say so
+        if d.main:
+            print(f"[tokenizer] warning: {e}; PSNR / codebook usage are measured on TRAINING images")
+        test_ds = build_dataset(args.dataset, "train", args.img_size, limit=args.eval_limit)
     sampler = torch.utils.data.DistributedSampler(train_ds, d.world, d.rank, seed=args.seed) if d.world > 1 else None
     loader = torch.utils.data.DataLoader(train_ds, args.batch_size, shuffle=sampler is None, sampler=sampler,
                                          drop_last=True)
@@ -264,4 +268,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from train.common import run_cli
+    run_cli(main)
