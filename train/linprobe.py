@@ -7,7 +7,13 @@ trained with SGD (momentum 0.9, no weight decay), linear warm-up and cosine deca
 (no augmentation). The same probe runs on raw pixels and on a randomly initialised encoder of the same size
 (same tokenizer) as baselines.
 
+Images stream through a DataLoader (an ImageFolder of any size works; only the features are kept). On a
+GPU (``--device auto``) or under torchrun, each process encodes its shard of the dataset; the features are
+gathered and the probes train on rank 0. ``--features-dir`` keeps the features for re-runs.
+
     python -m train.linprobe --model assets/default --dataset fashion-mnist --train-limit 10000 --epochs 50
+    torchrun --nproc_per_node=8 -m train.linprobe --model mage-vitb.pth --vqgan vqgan_jax_strongaug.ckpt \
+        --dataset /data/imagenet --train-limit 0 --epochs 90 --batch-size 16384 --features-dir runs/feats
 """
 from __future__ import annotations
 
@@ -93,7 +99,7 @@ def cosine_lr(step: int, total: int, warmup: int, base: float, min_lr: float = 0
 def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
                  num_classes: int | None = None, epochs: int = 50, batch_size: int = 256, blr: float = 0.1,
                  warmup_epochs: int = 5, weight_decay: float = 0.0, seed: int = 0, progress: bool = True,
-                 desc: str = "linear probe") -> dict:
+                 desc: str = "linear probe", device=None) -> dict:
     """Train BatchNorm1d(affine=False) + Linear on fixed features; returns top-1 accuracies.
     lr = blr * batch_size / 256 (SGD, momentum 0.9), warm-up then cosine to 0 (per step)."""
     if len(train_f) != len(train_y) or len(test_f) != len(test_y):
@@ -107,6 +113,9 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
         head = nn.Sequential(nn.BatchNorm1d(train_f.shape[1], affine=False, eps=1e-6), nn.Linear(train_f.shape[1], C))
         nn.init.trunc_normal_(head[1].weight, std=0.01)
         nn.init.zeros_(head[1].bias)
+    dev = torch.device(device or "cpu")
+    head = head.to(dev)
+    train_f, train_y, test_f, test_y = (t.to(dev) for t in (train_f, train_y, test_f, test_y))
     lr = blr * batch_size / 256
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     bs = min(batch_size, len(train_f))
@@ -117,7 +126,7 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
         head.train()
         perm = torch.randperm(len(train_f), generator=g)
         for i in range(steps_per_epoch):
-            idx = perm[i * bs: (i + 1) * bs]
+            idx = perm[i * bs: (i + 1) * bs].to(dev)
             for grp in opt.param_groups:
                 grp["lr"] = cosine_lr(step, total, warmup_epochs * steps_per_epoch, lr)
             loss = F.cross_entropy(head(train_f[idx]), train_y[idx])
@@ -132,30 +141,86 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     return {"top1": acc, "train_top1": train_acc, "final_loss": loss.item(), "epochs": epochs, "lr": lr}
 
 
+def extract_features(pipe, dataset: str, split: str, limit: int | None = None, baselines: bool = True,
+                     seed: int = 0, batch_size: int = 256, workers: int = 0, dist=None,
+                     progress: bool = True) -> tuple[dict, list]:
+    """One streamed pass over a dataset split: tokenize, then encoder features (``mage``) and, with
+    ``baselines``, raw ``pixels`` and a ``random_encoder`` of the same size; plus ``labels``. Under torchrun
+    each rank encodes its own shard and every rank gets the full, ordered result (images are never held
+    in memory all at once; features are). Returns ({name: tensor [N, ...]}, class names)."""
+    from train.common import map_dataset
+    from train.data import ArrayDataset, build_dataset
+    ds = build_dataset(dataset, split, pipe.config.img_size, augment=False, limit=limit)
+    grey = isinstance(ds, ArrayDataset) and ds.images.ndim == 3  # one channel is enough for the pixel baseline
+    rnd = random_encoder_like(pipe.model, seed) if baselines else None
+    dev = next(pipe.model.parameters()).device
+
+    def fn(x, y, idx):
+        tok = pipe.vqgan.encode(x.to(dev))
+        out = {"labels": y.long(), "mage": pipe.model.embed(tok).float()}
+        if baselines:
+            out["pixels"] = (x[:, :1] if grey else x).flatten(1).float()
+            out["random_encoder"] = rnd.embed(tok).float()
+        return out
+
+    was = pipe.model.training
+    pipe.model.eval()
+    try:
+        feats = map_dataset(ds, fn, dist, batch_size, workers, desc=f"features {split}", progress=progress)
+    finally:
+        pipe.model.train(was)
+    return feats, list(getattr(ds, "classes", []))
+
+
+def _cached_features(pipe, dataset, split, limit, baselines, seed, batch_size, workers, dist, progress, cache_dir):
+    """:func:`extract_features`, stored in / reused from ``cache_dir/<split>.safetensors`` when given
+    (same model, dataset, limit and baselines)."""
+    if cache_dir is None:
+        return extract_features(pipe, dataset, split, limit, baselines, seed, batch_size, workers, dist, progress)
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    key = {"model": str(pipe.meta.get("source", "")), "dataset": str(dataset), "split": split, "limit": limit,
+           "baselines": baselines, "seed": seed, "img_size": pipe.config.img_size}
+    path = Path(cache_dir) / f"{split}.safetensors"
+    if path.is_file():
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata().get("meta", "{}"))
+        if meta.get("key") == key:
+            return load_file(str(path)), meta["classes"]
+    feats, classes = extract_features(pipe, dataset, split, limit, baselines, seed, batch_size, workers, dist, progress)
+    if dist is None or dist.main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in feats.items()}, str(tmp),
+                  metadata={"meta": json.dumps({"key": key, "classes": classes})})
+        tmp.replace(path)
+    return feats, classes
+
+
 def probe_all(pipe, dataset: str = "fashion-mnist", train_limit: int | None = 10000, test_limit: int | None = None,
               epochs: int = 50, baselines: bool = True, knn_k: int = 10, seed: int = 0, batch_size: int = 256,
-              progress: bool = True) -> dict:
-    """Linear-probe and k-NN top-1 for the model's encoder and (optionally) raw pixels and a random encoder."""
-    size = pipe.config.img_size
-    xtr, ytr, classes = load_split(dataset, "train", size, train_limit)
-    xte, yte, _ = load_split(dataset, "test", size, test_limit)
+              progress: bool = True, blr: float = 0.1, probe_batch_size: int = 256, workers: int = 0, dist=None,
+              features_dir=None) -> dict | None:
+    """Linear-probe and k-NN top-1 for the model's encoder and (optionally) raw pixels and a random encoder.
+    Feature extraction (the expensive part) is sharded across torchrun ranks; the probes then train on the
+    gathered features on rank 0 (other ranks return None)."""
+    ftr, classes = _cached_features(pipe, dataset, "train", train_limit, baselines, seed, batch_size, workers, dist,
+                                    progress, features_dir)
+    fte, _ = _cached_features(pipe, dataset, "test", test_limit, baselines, seed, batch_size, workers, dist,
+                              progress, features_dir)
+    if dist is not None and not dist.main:
+        return None
+    ytr, yte = ftr.pop("labels"), fte.pop("labels")
     C = max(len(classes), int(max(ytr.max(), yte.max())) + 1)
-    ttr = encode_tokens(pipe.vqgan, xtr, batch_size, progress)
-    tte = encode_tokens(pipe.vqgan, xte, batch_size, progress)
-    feats = {"mage": (mage_features(pipe.model, ttr, batch_size, progress),
-                      mage_features(pipe.model, tte, batch_size, progress))}
-    if baselines:
-        feats["pixels"] = (pixel_features(xtr), pixel_features(xte))
-        rnd = random_encoder_like(pipe.model, seed)
-        feats["random_encoder"] = (mage_features(rnd, ttr, batch_size, progress, "random encoder"),
-                                   mage_features(rnd, tte, batch_size, progress, "random encoder"))
-    out = {"dataset": dataset, "train_images": len(xtr), "test_images": len(xte), "num_classes": C,
-           "features": {}}
-    for name, (ftr, fte) in feats.items():
+    dev = next(pipe.model.parameters()).device
+    out = {"dataset": dataset, "train_images": len(ytr), "test_images": len(yte), "num_classes": C, "features": {}}
+    for name in ftr:
         t0 = time.time()
-        lp = linear_probe(ftr, ytr, fte, yte, C, epochs=epochs, seed=seed, progress=progress, desc=f"probe {name}")
-        out["features"][name] = {"dim": ftr.shape[1], "linear_top1": lp["top1"], "linear_train_top1": lp["train_top1"],
-                                 f"knn{knn_k}_top1": knn_accuracy(ftr, ytr, fte, yte, k=knn_k, num_classes=C),
+        lp = linear_probe(ftr[name], ytr, fte[name], yte, C, epochs=epochs, batch_size=probe_batch_size, blr=blr,
+                          seed=seed, progress=progress, desc=f"probe {name}", device=dev)
+        out["features"][name] = {"dim": ftr[name].shape[1], "linear_top1": lp["top1"],
+                                 "linear_train_top1": lp["train_top1"],
+                                 f"knn{knn_k}_top1": knn_accuracy(ftr[name], ytr, fte[name], yte, k=knn_k, num_classes=C),
                                  "probe_seconds": round(time.time() - t0, 2)}
     return out
 
@@ -176,27 +241,43 @@ def main(argv=None):
     p.add_argument("--train-limit", type=int, default=10000)
     p.add_argument("--test-limit", type=int, default=None)
     p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=256, help="probe batch (lr = blr * batch / 256)")
+    p.add_argument("--blr", type=float, default=0.1)
+    p.add_argument("--extract-batch-size", type=int, default=256, help="images per forward pass, per process")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for feature extraction")
+    p.add_argument("--features-dir", default=None, help="store/reuse extracted features here (re-runs skip the encoder)")
     p.add_argument("--no-baselines", action="store_true", help="skip raw-pixel and random-encoder baselines")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     if a.epochs < 1:
         p.error("--epochs must be >= 1")
+    if a.batch_size < 2:
+        p.error("--batch-size must be >= 2 (BatchNorm)")
     if a.threads:
         torch.set_num_threads(a.threads)
     from mage import MAGEPipeline
-    pipe = MAGEPipeline.from_pretrained(a.model, vqgan=a.vqgan, device="cpu")
-    res = probe_all(pipe, a.dataset, a.train_limit, a.test_limit, a.epochs, not a.no_baselines, seed=a.seed)
-    res["model"] = pipe.meta.get("source", a.model)
-    print(format_table(res))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=2))
+    from train.common import Dist
+    d = Dist(a.device)
+    try:
+        pipe = MAGEPipeline.from_pretrained(a.model, vqgan=a.vqgan, device=str(d.device))
+        res = probe_all(pipe, a.dataset, a.train_limit, a.test_limit, a.epochs, not a.no_baselines, seed=a.seed,
+                        batch_size=a.extract_batch_size, progress=d.main, blr=a.blr, probe_batch_size=a.batch_size,
+                        workers=a.workers, dist=d, features_dir=a.features_dir)
+        if d.main:
+            res["model"] = pipe.meta.get("source", a.model)
+            res["world_size"] = d.world
+            print(format_table(res))
+            if a.out:
+                Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(a.out).write_text(json.dumps(res, indent=2))
+        return res
+    finally:
+        d.close()
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:  # bad paths / inputs: a message, not a traceback
-        raise SystemExit(f"error: {e}")
+    from train.common import run_cli
+    run_cli(main)
