@@ -119,7 +119,7 @@ def finetune(pipe, dataset: str = "fashion-mnist", train_limit: int | None = 500
              augment: bool = False, seed: int = 0, progress: bool = True, *, emb_dropout: float = 0.1,
              token_cache=None, dist: Dist | None = None, out=None, resume: bool = False, save_every: int = 0,
              keep: int = 2, stop_after: int | None = None, log_every: int = 10, amp: str = "auto", workers: int = 0,
-             command: str | None = None) -> tuple[MAGEClassifier | None, dict | None]:
+             tensorboard: bool = False, command: str | None = None) -> tuple[MAGEClassifier | None, dict | None]:
     """Fine-tune ``pipe.model``'s encoder on a dataset; returns (classifier, results) — (None, None) when
     stopped early by ``stop_after``. ``batch_size`` is per process; the global batch is batch_size * world.
     With ``out``: run_config/log.jsonl/loss.png/checkpoints there, and the classifier at the end."""
@@ -176,7 +176,7 @@ def finetune(pipe, dataset: str = "fashion-mnist", train_limit: int | None = 500
         loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=workers, generator=torch.Generator())
     else:
         loader = ((torch.tensor(ix), None) for ix in batches)
-    log = JsonlLogger(out / "log.jsonl", d.main) if out else None
+    log = JsonlLogger(out / "log.jsonl", d.main, tensorboard) if out else None
     scale = (0.6, 1.0) if size <= 64 else (0.2, 1.0)
     sl = slice(d.rank * batch_size, (d.rank + 1) * batch_size)
     bar = tqdm(total=total, initial=step, desc="fine-tune", disable=not (progress and d.main), mininterval=1)
@@ -218,7 +218,7 @@ def finetune(pipe, dataset: str = "fashion-mnist", train_limit: int | None = 500
             log.log(step=step, loss=lv, lr=cur, img_per_s=seen / (time.time() - t0))
         bar.update()
         bar.set_postfix(epoch=(step - 1) // steps_per_epoch + 1, loss=f"{loss.item():.3f}", lr=f"{cur:.1e}",
-                        refresh=False)
+                        ips=f"{seen / (time.time() - t0):.0f}", refresh=False)
         stopping = stop_after is not None and step >= stop_after
         if out and ((save_every and step % save_every == 0) or stopping or step == total):
             rngs = d.rng_states()
@@ -287,6 +287,7 @@ def build_parser():
     a("--save-every", type=int, default=500, help="checkpoint every N steps (needs --out)")
     a("--keep", type=int, default=2)
     a("--log-every", type=int, default=10)
+    a("--tensorboard", action="store_true", help="also write TensorBoard scalars to <out>/tb")
     a("--stop-after", type=int, default=None, help="exit after this step (simulates an interruption)")
     a("--workers", type=int, default=0, help="DataLoader workers")
     a("--seed", type=int, default=0)
@@ -320,7 +321,7 @@ def main(argv=None):
                               a.label_smoothing, a.augment, a.seed, progress=d.main, emb_dropout=a.emb_dropout,
                               token_cache=a.token_cache, dist=d, out=a.out, resume=a.resume, save_every=a.save_every,
                               keep=a.keep, stop_after=a.stop_after, log_every=a.log_every, amp=a.amp,
-                              workers=a.workers, command=command)
+                              workers=a.workers, tensorboard=a.tensorboard, command=command)
         if res is None:
             if d.main:
                 print(f"[finetune] stopped after step {a.stop_after}; continue with --resume")

@@ -269,6 +269,7 @@ def main(argv=None):
         if d.main:
             res["model"] = pipe.meta.get("source", a.model)
             res["world_size"] = d.world
+            res["args"] = {k: v for k, v in vars(a).items()}
             print(format_table(res))
             if a.out:
                 Path(a.out).parent.mkdir(parents=True, exist_ok=True)
