@@ -34,7 +34,8 @@ from train.metrics import knn_accuracy
 # ------------------------------------------------------------------------------------- data
 def load_split(dataset: str, split: str, size: int, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list]:
     """(images float [N,3,size,size] in [0,1], labels long [N], class names) of a dataset split.
-    Fashion-MNIST is read at 32x32 (28x28 zero-padded) and resized if the model wants another size."""
+    Fashion-MNIST is read at 32x32 (28x28 zero-padded) and resized if the model wants another size.
+    Holds the split in memory: for train.evaluate's image sets; the probe itself streams (extract_features)."""
     from train.data import FASHION_CLASSES, build_dataset, load_fashion_mnist
     if dataset in ("fashion-mnist", "fashion_mnist"):
         x, y = load_fashion_mnist(split, 32)
@@ -51,14 +52,6 @@ def load_split(dataset: str, split: str, size: int, limit: int | None = None) ->
 
 
 # ------------------------------------------------------------------------------------- features
-@torch.inference_mode()
-def encode_tokens(vqgan, images: torch.Tensor, batch_size: int = 256, progress: bool = True) -> torch.Tensor:
-    dev = next(vqgan.parameters()).device
-    out = [vqgan.encode(images[i: i + batch_size].to(dev)).cpu()
-           for i in tqdm(range(0, len(images), batch_size), desc="tokenize", leave=False, disable=not progress)]
-    return torch.cat(out)
-
-
 @torch.inference_mode()
 def mage_features(model, tokens: torch.Tensor, batch_size: int = 256, progress: bool = True,
                   desc: str = "encoder features") -> torch.Tensor:
