@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from train.data import augment, build_dataset
+from train.common import Dist, add_device_flags, map_dataset
+from train.data import augment, build_dataset, crop_scale
 
 
 @torch.no_grad()
@@ -24,7 +25,6 @@ def build_cache(vq, dataset, views: int = 4, batch_size: int = 256, seed: int = 
     """-> {"tokens": int16/int32 [N, views, h*w], "labels": int64 [N]}. View 0 is the plain image; the
     augmentations of image i come from a generator seeded by (seed, i), so the cache is the same whatever
     the batch size or the number of torchrun processes sharing the work (``dist``)."""
-    from train.common import map_dataset
     dtype = torch.int16 if vq.config.n_embed <= 32767 else torch.int32
 
     def fn(x, y, idx):
@@ -65,21 +65,17 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
-    p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu', 'cuda', ...")
-    p.add_argument("--threads", type=int, default=0)
+    add_device_flags(p)
     args = p.parse_args(argv)
     if args.views < 1:
         p.error("--views must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from train.common import Dist
     from train.tokenizer import load_tokenizer
-    d = Dist(args.device)
+    d = Dist.from_args(args)
     try:
         vq = load_tokenizer(args.tokenizer).to(d.device).eval()
         ds = build_dataset(args.dataset, args.split, args.img_size, limit=args.limit)
-        cache = build_cache(vq, ds, args.views, args.batch_size, seed=args.seed, scale=(0.6, 1.0) if args.img_size <= 64
-                            else (0.2, 1.0), device=d.device, progress=d.main, dist=d, workers=args.workers)
+        cache = build_cache(vq, ds, args.views, args.batch_size, seed=args.seed, scale=crop_scale(args.img_size),
+                            device=d.device, progress=d.main, dist=d, workers=args.workers)
         if d.main:
             meta = {"dataset": args.dataset, "split": args.split, "img_size": args.img_size, "views": args.views,
                     "seed": args.seed, "tokenizer": str(args.tokenizer), "vqgan": vq.config.to_dict(),

@@ -33,6 +33,13 @@ class Dist:
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
 
+    @classmethod
+    def from_args(cls, args) -> "Dist":
+        """Apply ``--threads`` and set up ``--device`` / torchrun (see :func:`add_device_flags`)."""
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return cls(args.device)
+
     @property
     def main(self) -> bool:
         return self.rank == 0
@@ -41,15 +48,12 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
-    def all_reduce_sum(self, x: float) -> float:
+    def all_reduce_mean(self, x: float) -> float:
         if self.world == 1:
             return x
         t = torch.tensor([x], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
         dist.all_reduce(t)
-        return float(t)
-
-    def all_reduce_mean(self, x: float) -> float:
-        return self.all_reduce_sum(x) / self.world
+        return float(t) / self.world
 
     def gather_rows(self, t: torch.Tensor, n_total: int) -> torch.Tensor:
         """Concatenate every rank's rows (rank order; rank r holds :func:`shard_range` r) on every rank."""
@@ -73,11 +77,15 @@ class Dist:
         dist.all_gather_object(states, rng_state())
         return states
 
+    def restore_rng(self, states: list[dict]):
+        """This rank's entry of :meth:`rng_states` (rank 0's if the checkpoint came from fewer ranks)."""
+        set_rng_state(states[min(self.rank, len(states) - 1)])
+
     def max_param_diff(self, model: torch.nn.Module) -> float:
         """Largest difference of any parameter between rank 0 and another rank (0.0 = in sync)."""
-        flat = torch.cat([p.detach().float().flatten().cpu() for p in model.parameters()])
         if self.world == 1:
             return 0.0
+        flat = torch.cat([p.detach().float().flatten().cpu() for p in model.parameters()])
         alls = [None] * self.world
         dist.all_gather_object(alls, flat)
         return max(float((a - alls[0]).abs().max()) for a in alls)
@@ -85,6 +93,52 @@ class Dist:
     def close(self):
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def add_device_flags(parser):
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1', ...")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Yields this rank's index list for each step from ``start``: epoch permutations seeded by
+    (seed, epoch), global batch G = B * world, rank r takes slice [r*B, (r+1)*B)."""
+
+    def __init__(self, n, batch, world, rank, seed, start, total):
+        self.n, self.b, self.world, self.rank, self.seed = n, batch, world, rank, seed
+        self.start, self.total = start, total
+        self.per_epoch = n // (batch * world)
+        if self.per_epoch == 0:
+            raise ValueError(f"dataset of {n} images is smaller than the global batch {batch * world}")
+
+    def __iter__(self):
+        G = self.b * self.world
+        for step in range(self.start, self.total):
+            epoch, k = divmod(step, self.per_epoch)
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+            glob = perm[k * G: (k + 1) * G]
+            yield glob[self.rank * self.b: (self.rank + 1) * self.b].tolist()
+
+    def __len__(self):
+        return self.total - self.start
+
+
+def step_loader(batches: StepBatches, dataset=None, workers: int = 0):
+    """Per step: (images, labels) from ``dataset``, or (index tensor, None) into a token cache when None."""
+    if dataset is None:
+        return ((torch.tensor(ix), None) for ix in batches)
+    # own generator: creating the iterator must not consume the global RNG (exact resume)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers, generator=torch.Generator())
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[str, torch.amp.GradScaler]:
+    """``--amp auto`` = bf16 on GPU, none on CPU; the grad scaler is active for fp16 on GPU only."""
+    amp = amp if amp != "auto" else ("bf16" if device.type == "cuda" else "none")
+    return amp, torch.amp.GradScaler("cuda", enabled=amp == "fp16" and device.type == "cuda")
+
+
+def autocast(amp: str, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16, enabled=amp != "none")
 
 
 def shard_range(n: int, world: int, rank: int) -> range:

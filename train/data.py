@@ -69,6 +69,16 @@ def augment(x: torch.Tensor, scale=(0.6, 1.0), flip: bool = True, generator=None
     return out
 
 
+def crop_scale(img_size: int) -> tuple[float, float]:
+    """Random-resized-crop area range: gentle for tiny images, the usual (0.2, 1) from 65 px up."""
+    return (0.6, 1.0) if img_size <= 64 else (0.2, 1.0)
+
+
+def augment_batch(x: torch.Tensor, seeds, scale) -> torch.Tensor:
+    """:func:`augment` of each image of [B,C,S,S], image i drawing from a generator seeded with seeds[i]."""
+    return torch.stack([augment(img, scale, True, torch.Generator().manual_seed(int(s))) for img, s in zip(x, seeds)])
+
+
 class ArrayDataset(torch.utils.data.Dataset):
     """uint8 images [N,H,W] or [N,H,W,3] + labels -> (float [3,H,W], label)."""
 

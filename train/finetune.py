@@ -31,8 +31,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from train.common import (Dist, JsonlLogger, latest_checkpoint, load_checkpoint, load_config_file, map_dataset,
-                          plot_curves, save_checkpoint, save_run_config, seed_everything, set_rng_state)
+from train.common import (Dist, JsonlLogger, StepBatches, add_device_flags, autocast, latest_checkpoint,
+                          load_checkpoint, load_config_file, map_dataset, plot_curves, resolve_amp, save_checkpoint,
+                          save_run_config, seed_everything, step_loader)
 from train.linprobe import cosine_lr
 
 
@@ -123,8 +124,7 @@ def finetune(pipe, dataset: str = "fashion-mnist", train_limit: int | None = 500
     """Fine-tune ``pipe.model``'s encoder on a dataset; returns (classifier, results) — (None, None) when
     stopped early by ``stop_after``. ``batch_size`` is per process; the global batch is batch_size * world.
     With ``out``: run_config/log.jsonl/loss.png/checkpoints there, and the classifier at the end."""
-    from train.data import augment as augment_image, build_dataset
-    from train.pretrain import StepBatches
+    from train.data import augment_batch, build_dataset, crop_scale
     d = dist or Dist(str(pipe.device))
     dev = d.device
     seed_everything(seed + d.rank)  # drop path / dropout differ across ranks
@@ -153,8 +153,7 @@ def finetune(pipe, dataset: str = "fashion-mnist", train_limit: int | None = 500
     groups = param_groups(model, weight_decay, layer_decay)
     opt = torch.optim.AdamW([{k: v for k, v in grp.items() if k != "names"} for grp in groups], lr=lr,
                             betas=(0.9, 0.999))
-    amp = amp if amp != "auto" else ("bf16" if dev.type == "cuda" else "none")
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16" and dev.type == "cuda")
+    amp, scaler = resolve_amp(amp, dev)
     steps_per_epoch = n // G
     if steps_per_epoch == 0:
         raise ValueError(f"{n} training images are fewer than the global batch {G}")
@@ -168,16 +167,12 @@ def finetune(pipe, dataset: str = "fashion-mnist", train_limit: int | None = 500
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step, history, ep_loss = state["step"], state["history"], state["epoch_loss"]
-        set_rng_state(state["rng"][min(d.rank, len(state["rng"]) - 1)])
+        d.restore_rng(state["rng"])
         if d.main and progress:
             print(f"[finetune] resumed from {ck} at step {step}")
     batches = StepBatches(n, batch_size, d.world, d.rank, seed, step, total)
-    if cache is None:  # own generator: creating the iterator must not consume the global RNG (exact resume)
-        loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=workers, generator=torch.Generator())
-    else:
-        loader = ((torch.tensor(ix), None) for ix in batches)
+    loader = step_loader(batches, ds, workers)
     log = JsonlLogger(out / "log.jsonl", d.main, tensorboard) if out else None
-    scale = (0.6, 1.0) if size <= 64 else (0.2, 1.0)
     sl = slice(d.rank * batch_size, (d.rank + 1) * batch_size)
     bar = tqdm(total=total, initial=step, desc="fine-tune", disable=not (progress and d.main), mininterval=1)
     t0, seen = time.time(), 0
@@ -194,14 +189,13 @@ def finetune(pipe, dataset: str = "fashion-mnist", train_limit: int | None = 500
         else:
             x, y = batch
             if augment:
-                x = torch.stack([augment_image(img, scale, True, torch.Generator().manual_seed(int(sd)))
-                                 for img, sd in zip(x, aug_seeds)])
+                x = augment_batch(x, aug_seeds, crop_scale(size))
             with torch.no_grad():
                 tok = vq.encode(x.to(dev))
         cur = cosine_lr(step, total, warmup, lr, min_lr)
         for grp in opt.param_groups:
             grp["lr"] = cur * grp["lr_scale"]
-        with torch.autocast(dev.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16, enabled=amp != "none"):
+        with autocast(amp, dev):
             loss = F.cross_entropy(net(tok).float(), torch.as_tensor(y).long().to(dev), label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -291,8 +285,7 @@ def build_parser():
     a("--stop-after", type=int, default=None, help="exit after this step (simulates an interruption)")
     a("--workers", type=int, default=0, help="DataLoader workers")
     a("--seed", type=int, default=0)
-    a("--device", default="auto", help="'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1', ...")
-    a("--threads", type=int, default=None)
+    add_device_flags(p)
     return p
 
 
@@ -307,10 +300,8 @@ def main(argv=None):
         p.error("--batch-size must be >= 1")
     if a.resume and not a.out:
         p.error("--resume needs --out")
-    if a.threads:
-        torch.set_num_threads(a.threads)
     from mage import MAGEPipeline
-    d = Dist(a.device)
+    d = Dist.from_args(a)
     try:
         if d.main and a.out:
             save_run_config(Path(a.out), a)

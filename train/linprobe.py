@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from train.common import lr_at
+from train.common import Dist, add_device_flags, lr_at
 from train.metrics import knn_accuracy
 
 
@@ -242,18 +242,14 @@ def main(argv=None):
     p.add_argument("--no-baselines", action="store_true", help="skip raw-pixel and random-encoder baselines")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1', ...")
-    p.add_argument("--threads", type=int, default=None)
+    add_device_flags(p)
     a = p.parse_args(argv)
     if a.epochs < 1:
         p.error("--epochs must be >= 1")
     if a.batch_size < 2:
         p.error("--batch-size must be >= 2 (BatchNorm)")
-    if a.threads:
-        torch.set_num_threads(a.threads)
     from mage import MAGEPipeline
-    from train.common import Dist
-    d = Dist(a.device)
+    d = Dist.from_args(a)
     try:
         pipe = MAGEPipeline.from_pretrained(a.model, vqgan=a.vqgan, device=str(d.device))
         res = probe_all(pipe, a.dataset, a.train_limit, a.test_limit, a.epochs, not a.no_baselines, seed=a.seed,

@@ -37,10 +37,10 @@ from tqdm import tqdm
 import mage
 from mage.config import MAGEConfig, PRESETS
 from mage.masking import sample_mask_ratio
-from train.common import (Dist, JsonlLogger, latest_checkpoint, load_checkpoint, load_config_file, lr_at,
-                          param_groups, plot_curves, save_checkpoint, save_run_config, seed_everything,
-                          set_rng_state)
-from train.data import augment, build_dataset
+from train.common import (Dist, JsonlLogger, StepBatches, add_device_flags, autocast, latest_checkpoint,
+                          load_checkpoint, load_config_file, lr_at, param_groups, plot_curves, resolve_amp,
+                          save_checkpoint, save_run_config, seed_everything, step_loader)
+from train.data import augment_batch, build_dataset, crop_scale
 
 
 def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -67,29 +67,6 @@ class TrainModule(nn.Module):
         loss2, _, _, latent2 = self.mage(tokens2, class_ids, mask_ratio=mask_ratio, noise=noise2, return_latent=True)
         c = info_nce(self.proj(latent[:, 1:].mean(1)), self.proj(latent2[:, 1:].mean(1)), temperature)
         return 0.5 * (loss + loss2), c
-
-
-class StepBatches(torch.utils.data.Sampler):
-    """Yields this rank's index list for each step from ``start``: epoch permutations seeded by
-    (seed, epoch), global batch G = B * world, rank r takes slice [r*B, (r+1)*B)."""
-
-    def __init__(self, n, batch, world, rank, seed, start, total):
-        self.n, self.b, self.world, self.rank, self.seed = n, batch, world, rank, seed
-        self.start, self.total = start, total
-        self.per_epoch = n // (batch * world)
-        if self.per_epoch == 0:
-            raise ValueError(f"dataset of {n} images is smaller than the global batch {batch * world}")
-
-    def __iter__(self):
-        G = self.b * self.world
-        for step in range(self.start, self.total):
-            epoch, k = divmod(step, self.per_epoch)
-            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
-            glob = perm[k * G: (k + 1) * G]
-            yield glob[self.rank * self.b: (self.rank + 1) * self.b].tolist()
-
-    def __len__(self):
-        return self.total - self.start
 
 
 def build_parser():
@@ -150,8 +127,7 @@ def build_parser():
     a("--keep", type=int, default=3)
     a("--log-every", type=int, default=20)
     a("--seed", type=int, default=0)
-    a("--device", default="auto")
-    a("--threads", type=int, default=0)
+    add_device_flags(p)
     a("--tensorboard", action="store_true")
     a("--stop-after", type=int, default=None, help="exit after this step (simulates an interruption)")
     return p
@@ -176,9 +152,7 @@ def make_config(args, vq_cfg, num_classes: int) -> MAGEConfig:
 
 def main(argv=None):
     args = load_config_file(build_parser(), argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    d = Dist(args.device)
+    d = Dist.from_args(args)
     seed_everything(args.seed + d.rank)  # per-rank seed: dropout differs across ranks
     out = Path(args.out)
     if d.main:
@@ -218,8 +192,7 @@ def main(argv=None):
     G = args.batch_size * d.world
     lr = args.lr if args.lr is not None else args.blr * G / 256
     opt = torch.optim.AdamW(param_groups(module, args.weight_decay), lr=lr, betas=(args.beta1, args.beta2))
-    amp = args.amp if args.amp != "auto" else ("bf16" if d.device.type == "cuda" else "none")
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16" and d.device.type == "cuda")
+    amp, scaler = resolve_amp(args.amp, d.device)
     ema = copy.deepcopy(model).requires_grad_(False) if args.ema > 0 else None
     step = 0
     ck = latest_checkpoint(out) if args.resume else None
@@ -231,7 +204,7 @@ def main(argv=None):
         if ema is not None and s.get("ema"):
             ema.load_state_dict(s["ema"])
         step = s["step"]
-        set_rng_state(s["rng"][min(d.rank, len(s["rng"]) - 1)])
+        d.restore_rng(s["rng"])
         if d.main:
             print(f"[pretrain] resumed from {ck} at step {step}")
     elif args.resume and d.main:
@@ -242,12 +215,7 @@ def main(argv=None):
               f"{len(classes)} classes{' (conditional)' if cfg.num_classes else ''}, world {d.world}, "
               f"global batch {G}, lr {lr:.2e}, amp {amp}, cache {'yes' if cache else 'no'}")
     batches = StepBatches(n_items, args.batch_size, d.world, d.rank, args.seed, step, args.steps)
-    if cache is None:
-        # own generator: creating the iterator must not consume the global RNG (exact resume)
-        loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=args.workers,
-                                             generator=torch.Generator())
-    else:
-        loader = ((torch.tensor(ix), None) for ix in batches)  # indices into the cache
+    loader = step_loader(batches, ds if cache is None else None, args.workers)
     log = JsonlLogger(out / "log.jsonl", d.main, args.tensorboard)
     N = cfg.num_tokens
     bar = tqdm(total=args.steps, initial=step, disable=not d.main, desc="pretrain", dynamic_ncols=True)
@@ -275,10 +243,7 @@ def main(argv=None):
             x, labels = batch
 
             def aug(col):
-                if not args.augment:
-                    return x
-                return torch.stack([augment(img, (0.6, 1.0) if args.img_size <= 64 else (0.2, 1.0), True,
-                                            torch.Generator().manual_seed(int(s))) for img, s in zip(x, aug_seeds[:, col])])
+                return augment_batch(x, aug_seeds[:, col], crop_scale(args.img_size)) if args.augment else x
 
             with torch.no_grad():
                 tokens = vq.encode(aug(0).to(d.device))
@@ -291,8 +256,7 @@ def main(argv=None):
         cur_lr = lr_at(step, lr, args.warmup_steps, args.steps, args.min_lr)
         for grp in opt.param_groups:
             grp["lr"] = cur_lr
-        with torch.autocast(d.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16,
-                            enabled=amp != "none"):
+        with autocast(amp, d.device):
             mlm, con = ddp(tokens, class_ids, ratio, noise.to(d.device),
                            tokens2 if args.contrastive_weight > 0 else None, noise2.to(d.device), args.contrastive_temp)
             loss = mlm + args.contrastive_weight * con

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from mage.checkpoint import load_strict, read_state_dict
 from mage.config import VQGANConfig
 from mage.vqgan import VQGAN
-from train.common import (Dist, JsonlLogger, latest_checkpoint, load_checkpoint, load_config_file, lr_at,
+from train.common import (Dist, JsonlLogger, add_device_flags, latest_checkpoint, load_checkpoint, load_config_file, lr_at,
                           plot_curves, rng_state, save_checkpoint, save_run_config, seed_everything, set_rng_state)
 from train.data import build_dataset
 from train.metrics import psnr
@@ -140,16 +140,13 @@ def build_parser():
     p.add_argument("--out", default="runs/tokenizer")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_device_flags(p)
     return p
 
 
 def main(argv=None):
     args = load_config_file(build_parser(), argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    d = Dist(args.device)
+    d = Dist.from_args(args)
     seed_everything(args.seed + d.rank)
     out = Path(args.out)
     if d.main:
