@@ -39,18 +39,25 @@ def build_cache(vq, dataset, views: int = 4, batch_size: int = 256, seed: int = 
 
 
 def save_cache(path, cache: dict, meta: dict):
+    """Tensors + a JSON ``meta`` in one safetensors file, written atomically (temp file + rename)."""
     from safetensors.torch import save_file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(cache, str(path), metadata={"meta": json.dumps(meta)})
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in cache.items()}, str(tmp), metadata={"meta": json.dumps(meta)})
+    tmp.replace(path)
+
+
+def cache_meta(path) -> dict:
+    """The JSON ``meta`` of a :func:`save_cache` file, without reading its tensors."""
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata().get("meta", "{}"))
 
 
 def load_cache(path) -> tuple[dict, dict]:
-    from safetensors import safe_open
     from safetensors.torch import load_file
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads(f.metadata().get("meta", "{}"))
-    return load_file(str(path)), meta
+    return load_file(str(path)), cache_meta(path)
 
 
 def main(argv=None):

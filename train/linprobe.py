@@ -165,28 +165,21 @@ def extract_features(pipe, dataset: str, split: str, limit: int | None = None, b
     return feats, list(getattr(ds, "classes", []))
 
 
-def _cached_features(pipe, dataset, split, limit, baselines, seed, batch_size, workers, dist, progress, cache_dir):
+def _cached_features(pipe, dataset, split, limit, cache_dir, **kw):
     """:func:`extract_features`, stored in / reused from ``cache_dir/<split>.safetensors`` when given
-    (same model, dataset, limit and baselines)."""
+    (same model, dataset, limit, baselines and seed)."""
     if cache_dir is None:
-        return extract_features(pipe, dataset, split, limit, baselines, seed, batch_size, workers, dist, progress)
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+        return extract_features(pipe, dataset, split, limit, **kw)
+    from train.cache import cache_meta, load_cache, save_cache
     key = {"model": str(pipe.meta.get("source", "")), "dataset": str(dataset), "split": split, "limit": limit,
-           "baselines": baselines, "seed": seed, "img_size": pipe.config.img_size}
+           "baselines": kw["baselines"], "seed": kw["seed"], "img_size": pipe.config.img_size}
     path = Path(cache_dir) / f"{split}.safetensors"
-    if path.is_file():
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads(f.metadata().get("meta", "{}"))
-        if meta.get("key") == key:
-            return load_file(str(path)), meta["classes"]
-    feats, classes = extract_features(pipe, dataset, split, limit, baselines, seed, batch_size, workers, dist, progress)
-    if dist is None or dist.main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in feats.items()}, str(tmp),
-                  metadata={"meta": json.dumps({"key": key, "classes": classes})})
-        tmp.replace(path)
+    if path.is_file() and cache_meta(path).get("key") == key:
+        feats, meta = load_cache(path)
+        return feats, meta["classes"]
+    feats, classes = extract_features(pipe, dataset, split, limit, **kw)
+    if kw["dist"] is None or kw["dist"].main:
+        save_cache(path, feats, {"key": key, "classes": classes})
     return feats, classes
 
 
@@ -197,10 +190,9 @@ def probe_all(pipe, dataset: str = "fashion-mnist", train_limit: int | None = 10
     """Linear-probe and k-NN top-1 for the model's encoder and (optionally) raw pixels and a random encoder.
     Feature extraction (the expensive part) is sharded across torchrun ranks; the probes then train on the
     gathered features on rank 0 (other ranks return None)."""
-    ftr, classes = _cached_features(pipe, dataset, "train", train_limit, baselines, seed, batch_size, workers, dist,
-                                    progress, features_dir)
-    fte, _ = _cached_features(pipe, dataset, "test", test_limit, baselines, seed, batch_size, workers, dist,
-                              progress, features_dir)
+    kw = dict(baselines=baselines, seed=seed, batch_size=batch_size, workers=workers, dist=dist, progress=progress)
+    ftr, classes = _cached_features(pipe, dataset, "train", train_limit, features_dir, **kw)
+    fte, _ = _cached_features(pipe, dataset, "test", test_limit, features_dir, **kw)
     if dist is not None and not dist.main:
         return None
     ytr, yte = ftr.pop("labels"), fte.pop("labels")
